@@ -1,0 +1,58 @@
+"""Settings for the labs, read in one place from ``LAB_*`` variables and ``.env``.
+
+    >>> from lab_support.settings import get_settings
+    >>> get_settings().model
+    'smollm2-135m-instruct-q4_1'
+
+Secrets are ``SecretStr`` fields, so their repr, ``str()`` and any log line
+that formats the settings show ``'**********'`` instead of the value.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENGINES = ("auto", "ollama", "llama.cpp")
+DEVICES = ("auto", "gpu", "cpu")
+
+# The model every lab uses, pinned by exact name and quantisation. The same
+# name is served by both engines, so client code never changes with the engine.
+PINNED_MODEL = "smollm2-135m-instruct-q4_1"
+
+
+def _default_state_dir() -> Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "serving-lab"
+
+
+class LabSettings(BaseSettings):
+    """Every setting of the labs; each field is read from ``LAB_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LAB_", env_file=".env", extra="ignore")
+
+    engine: Literal["auto", "ollama", "llama.cpp"] = "auto"
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    model: str = PINNED_MODEL
+    model_path: Path | None = Field(
+        default=None, description="A GGUF file to serve instead of the bundled SmolLM2."
+    )
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    startup_timeout_s: float = 60.0
+    context_size: int = 2048
+
+    # A real hosted provider, used by the labs only when all three are set.
+    hosted_base_url: str | None = None
+    hosted_api_key: SecretStr | None = None
+    hosted_model: str | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> LabSettings:
+    """Read the settings once per process; call ``get_settings.cache_clear()`` after changing the environment."""
+    return LabSettings()
