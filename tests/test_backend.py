@@ -1,4 +1,4 @@
-"""The bundled llama.cpp engine with the real model: start, answer, stream, stop, clean up."""
+"""The bundled llama.cpp engine with the real model: start, complete, stream, stop, clean up."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def test_engine_stops_at_interpreter_exit(tmp_path):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_broken_model_file_names_engine_command_port_and_log(tmp_path):
+def test_broken_model_error_explains_failure(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"this is not a GGUF file")
 
@@ -187,7 +187,8 @@ def test_broken_model_file_names_engine_command_port_and_log(tmp_path):
     message = str(raised.value)
     assert "llama.cpp on 127.0.0.1:" in message
     assert "exited with code" in message
-    assert "command: " in message and "llama_cpp.server" in message
+    assert "command: " in message
+    assert "llama_cpp.server" in message
     assert str(broken) in message
     assert "last lines of the log" in message
 
@@ -220,3 +221,30 @@ def test_missing_model_package_names_it(monkeypatch):
 def test_missing_model_path_names_setting(tmp_path):
     with pytest.raises(ModelNotFoundError, match="LAB_MODEL_PATH"):
         start_backend(engine="llama.cpp", model_path=tmp_path / "nope.gguf", reuse=False)
+
+
+def test_engine_stops_when_jupyter_kernel_shuts_down(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", env=dict(os.environ, LAB_STATE_DIR=str(tmp_path)))
+    outputs: list[dict] = []
+    try:
+        reply = client.execute_interactive(
+            "from lab_support import start_backend\n"
+            "backend = start_backend(engine='llama.cpp', reuse=False)\n"
+            "print(backend.pid)",
+            timeout=120,
+            output_hook=outputs.append,
+        )
+        assert reply["content"]["status"] == "ok"
+        printed = "".join(message["content"].get("text", "") for message in outputs if message["msg_type"] == "stream")
+        pid = int(printed.strip())
+        assert psutil.pid_exists(pid)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"engine pid {pid} outlived the kernel"
+        time.sleep(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,6 +28,20 @@ GPU_REINSTALL_HINT = (
 OFFLOAD_LINE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
+def default_thread_count() -> int:
+    """Return the physical cores this process may use, the decode thread count that measured fastest.
+
+    llama-cpp-python defaults to half the logical CPUs, which on 2 cores
+    leaves one idle: decode ran at about 60 tokens/s with 1 thread and 90
+    with 2 (``benchmarks/engine.py``, 2-core x86_64 VM).
+    """
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    physical = psutil.cpu_count(logical=False) or usable
+    return max(1, min(usable, physical))
+
+
 def build_command(
     model_path: Path,
     *,
@@ -34,9 +49,11 @@ def build_command(
     alias: str,
     n_gpu_layers: int,
     n_ctx: int,
+    n_threads: int | None = None,
     host: str = LOOPBACK,
 ) -> list[str]:
     """Return the argv that starts ``llama_cpp.server`` for one model."""
+    threads = n_threads or default_thread_count()
     return [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model_path),
@@ -45,6 +62,8 @@ def build_command(
         "--port", str(port),
         "--n_ctx", str(n_ctx),
         "--n_gpu_layers", str(n_gpu_layers),
+        "--n_threads", str(threads),
+        "--n_threads_batch", str(threads),
         # With the default (True), any second request, a /v1/models health
         # poll included, ends a running stream early (llama-cpp-python 0.3.36).
         "--interrupt_requests", "False",
