@@ -1,0 +1,1 @@
+"""Visible test cases of each lab, registered for ``lab_support.grading.check``."""
