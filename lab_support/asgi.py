@@ -32,7 +32,7 @@ SHUTDOWN_TIMEOUT_S = 5.0
 _servers: weakref.WeakSet[BackgroundServer] = weakref.WeakSet()
 
 
-@dataclass
+@dataclass(eq=False)
 class BackgroundServer:
     """A uvicorn server running in a daemon thread; ``url`` has no trailing slash."""
 
