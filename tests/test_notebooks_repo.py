@@ -88,7 +88,9 @@ def lost_points(score: SubmissionScore) -> str:
     )
 
 
+# Grading every notebook on a real kernel takes minutes, past the default per-test limit.
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_solutions_grade_full_marks(solution_grades):
     for score in solution_grades:
         assert score.points == score.max_points, (
@@ -97,6 +99,7 @@ def test_solutions_grade_full_marks(solution_grades):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_labs_grade_zero(lab_grades):
     for score in lab_grades:
         problems = [e for e in score.exercises if e.status in {"grader error", "no solution"}]
@@ -105,6 +108,7 @@ def test_labs_grade_zero(lab_grades):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_lab_stubs_raise_not_implemented(lab_grades, solutions):
     for score in lab_grades:
         solution = solutions[Path(score.solution).stem]
