@@ -101,14 +101,24 @@ def test_two_concurrent_streams_both_finish(backend):
 
 
 def test_health_poll_does_not_cut_running_stream(backend):
+    # llama.cpp's server holds its model lock for the whole stream, so the
+    # poll is answered only after the stream; it must not end the stream.
     body = {"model": backend.model, "messages": PROMPT, "max_tokens": 48, "stream": True, "temperature": 0}
+    poll_status: list[int] = []
+    poll = threading.Thread(
+        target=lambda: poll_status.append(httpx.get(f"{backend.base_url}/models", timeout=120).status_code)
+    )
     with httpx.Client(timeout=60) as client, client.stream("POST", f"{backend.base_url}/chat/completions", json=body) as response:
         chunks = []
         for chunk in sse.iter_chat_chunks(response):
             chunks.append(chunk)
             if len(chunks) == 3:
-                assert backend.is_healthy()
+                poll.start()
+    poll.join(120)
+
+    assert len(chunks) > 3
     assert chunks[-1].finish_reason in ("stop", "length")
+    assert poll_status == [200]
 
 
 def test_stop_leaves_no_process_or_port():

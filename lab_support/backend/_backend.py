@@ -46,7 +46,11 @@ class Backend:
         return self.base_url.removesuffix("/v1")
 
     def is_healthy(self) -> bool:
-        """Return whether the server lists the model at ``GET /v1/models`` right now."""
+        """Return whether the server lists the model at ``GET /v1/models`` within two seconds.
+
+        NOTE: llama.cpp's server answers only between requests, because its
+        model lock is held for a whole answer, so a long stream makes this False.
+        """
         try:
             response = httpx.get(f"{self.base_url}/models", timeout=HEALTH_TIMEOUT_S)
         except httpx.HTTPError:
