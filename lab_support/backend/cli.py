@@ -54,7 +54,12 @@ def run_start(args: argparse.Namespace) -> int:
 
     backend = start_backend(args.engine, args.device, reuse=False, tied_to_parent=args.foreground)
     if not args.foreground:
-        path = _state.save(state_dir, backend)
+        try:
+            path = _state.save(state_dir, backend)
+        except BaseException:
+            # Without a state file nothing could find the detached engine again.
+            stop_pid(backend.pid)
+            raise
         print(f"{describe(backend)}\nstate:    {path}\nStop it with: serving-lab backend stop")
         return 0
 
