@@ -6,12 +6,15 @@ it the first time (llama-cpp-python compiles from source: about 5 minutes on
 2 cores; pip caches the wheel, so later installs take seconds). They reinstall
 only when ``pyproject.toml`` changes. Only the Python standard library is used
 here, so this works on a fresh machine with nothing installed by hand.
+``test`` also installs Debian's Chromium for the page tests when it is
+missing and the user is root with apt-get; otherwise it says how to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".serving-lab-installed"
 MIN_PYTHON = (3, 10)
+BROWSERS = ("chromium", "chromium-browser")
 
 
 def venv_python() -> Path:
@@ -69,8 +73,28 @@ def lab(extra: list[str]) -> int:
     return subprocess.call(command, cwd=ROOT / "labs")
 
 
+def ensure_browser() -> None:
+    """Install Debian's Chromium for the page tests when it is missing and apt-get can install it."""
+    if any(shutil.which(name) for name in BROWSERS) or os.environ.get("LAB_SKIP_BROWSER") == "1":
+        return
+
+    can_install = shutil.which("apt-get") is not None and hasattr(os, "geteuid") and os.geteuid() == 0
+    if not can_install:
+        print(
+            "Chromium was not found, so the browser tests will fail. Install it "
+            "(Debian/Ubuntu: sudo apt-get install -y chromium) or set LAB_SKIP_BROWSER=1 to skip them.",
+            flush=True,
+        )
+        return
+
+    print("Installing Chromium for the browser tests (apt-get) ...", flush=True)
+    run(["apt-get", "update", "-q"])
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"])
+
+
 def test(extra: list[str]) -> int:
     python = ensure_environment()
+    ensure_browser()
     return subprocess.call([str(python), "-m", "pytest", *extra], cwd=ROOT)
 
 

@@ -51,6 +51,34 @@ class LabSettings(BaseSettings):
     hosted_api_key: SecretStr | None = None
     hosted_model: str | None = None
 
+    # The chat route.
+    chat_upstream_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL (ending in /v1) that the chat route of lab 03 forwards to; "
+        "unset: python -m lab_support.chat_app starts the local model.",
+    )
+    chat_upstream_api_key: SecretStr | None = None
+    chat_model: str | None = Field(
+        default=None, description="The model name to request upstream; needed with chat_upstream_base_url."
+    )
+    chat_connect_timeout_s: float | None = Field(
+        default=None, gt=0, description="Connect timeout in seconds (unset: the route's default)."
+    )
+    chat_read_timeout_s: float | None = Field(
+        default=None, gt=0, description="Longest wait between two reads, in seconds (unset: the route's default)."
+    )
+    chat_deadline_s: float | None = Field(
+        default=None, gt=0, description="Seconds for a whole answer (unset: the route's default)."
+    )
+
+    # Deployment.
+    readiness_timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds GET /api/ready waits for the upstream's model list; unset: 2."
+    )
+    readiness_cache_s: float | None = Field(
+        default=None, ge=0, description="Seconds one readiness result answers later probes; unset: 1."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> LabSettings:
