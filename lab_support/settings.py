@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENGINES = ("auto", "ollama", "llama.cpp")
@@ -36,8 +34,8 @@ class LabSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LAB_", env_file=".env", extra="ignore")
 
-    engine: Literal["auto", "ollama", "llama.cpp"] = "auto"
-    device: Literal["auto", "gpu", "cpu"] = "auto"
+    engine: str = "auto"
+    device: str = "auto"
     model: str = PINNED_MODEL
     model_path: Path | None = Field(
         default=None, description="A GGUF file to serve instead of the bundled SmolLM2."
@@ -79,8 +77,34 @@ class LabSettings(BaseSettings):
         default=None, ge=0, description="Seconds one readiness result answers later probes; unset: 1."
     )
 
+    @field_validator("engine", "device", mode="before")
+    @classmethod
+    def _normalize_choice(cls, value: object, info: ValidationInfo) -> str:
+        choices = ENGINES if info.field_name == "engine" else DEVICES
+        normalized = str(value).strip().lower()
+        if normalized not in choices:
+            raise ValueError(f"choose one of: {', '.join(choices)}")
+        return normalized
+
+
+class SettingsError(ValueError):
+    """A ``LAB_*`` variable or ``.env`` entry has an invalid value."""
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> LabSettings:
-    """Read the settings once per process; call ``get_settings.cache_clear()`` after changing the environment."""
-    return LabSettings()
+    """Read the settings once per process; call ``get_settings.cache_clear()`` after changing the environment.
+
+    Raises :class:`SettingsError` naming each invalid variable and its value.
+    """
+    try:
+        return LabSettings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = f"LAB_{'_'.join(str(part) for part in item['loc']).upper()}"
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}={item.get('input')!r}: {message}")
+        raise SettingsError(
+            "invalid settings in the environment or .env: " + "; ".join(problems) + ". Fix or unset them."
+        ) from None

@@ -80,3 +80,27 @@ def test_backend_stop_without_backend(cli_env):
 
     assert completed.returncode == 0
     assert "nothing to stop" in completed.stdout
+
+
+def test_doctor_reports_invalid_setting(cli_env):
+    completed = serving_lab("doctor", env=dict(cli_env, LAB_DEVICE="tpu"))
+
+    assert completed.returncode == 1
+    assert "LAB_DEVICE='tpu': choose one of: auto, gpu, cpu" in completed.stdout
+    assert "Traceback" not in completed.stderr
+
+
+def test_setting_choice_ignores_case(cli_env):
+    completed = serving_lab("doctor", env=dict(cli_env, LAB_DEVICE="CPU", LAB_ENGINE="Llama.cpp"))
+
+    assert completed.returncode == 0, completed.stdout
+    assert "engine=llama.cpp, device=cpu" in completed.stdout
+
+
+def test_backend_error_is_one_line(cli_env, monkeypatch, tmp_path):
+    env = dict(cli_env, PATH=f"{tmp_path}:{os.path.dirname(sys.executable)}", OLLAMA_HOST="127.0.0.1:9")
+    completed = serving_lab("backend", "start", "--engine", "ollama", env=env)
+
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("error: Ollama is not installed")
+    assert "Traceback" not in completed.stderr

@@ -22,7 +22,7 @@ class GpuInfo:
 def detect_nvidia_gpus() -> GpuInfo:
     """List the NVIDIA GPUs the driver reports."""
     if shutil.which("nvidia-smi") is None:
-        return GpuInfo(names=(), detail="nvidia-smi not found (no NVIDIA driver)")
+        return GpuInfo(names=(), detail="nvidia-smi not found, so no NVIDIA driver")
 
     try:
         completed = subprocess.run(

@@ -37,7 +37,7 @@ register(
         "joins the text of every chunk",
         args=(typical_stream(),),
         expected="Hello, world",
-        hint="join chunk.choices[0].delta.content over all chunks",
+        hint="join chunk.choices[0].delta.content over all chunks; the role-only chunk has '' and the last one None",
     ),
     Case(
         "skips chunks whose content is None",
