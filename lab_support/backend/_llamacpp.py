@@ -32,8 +32,8 @@ def default_thread_count() -> int:
     """Return the physical cores this process may use, the decode thread count that measured fastest.
 
     llama-cpp-python defaults to half the logical CPUs, which on 2 cores
-    leaves one idle: decode ran at about 60 tokens/s with 1 thread and 90
-    with 2 (``benchmarks/engine.py``, 2-core x86_64 VM).
+    leaves one idle: decode ran at about 65 tokens/s with 1 thread and 90
+    with 2 on a 2-core x86_64 VM (see benchmarks/RESULTS.md).
     """
     import psutil
 
@@ -64,6 +64,9 @@ def build_command(
         "--n_gpu_layers", str(n_gpu_layers),
         "--n_threads", str(threads),
         "--n_threads_batch", str(threads),
+        # The server defaults to keeping logits for every position, which only
+        # logprobs need; in-process llama-cpp-python defaults to not keeping them.
+        "--logits_all", "False",
         # With the default (True), any second request, a /v1/models health
         # poll included, ends a running stream early (llama-cpp-python 0.3.36).
         "--interrupt_requests", "False",
