@@ -39,7 +39,7 @@ class DoctorReport:
 
     @property
     def ok(self) -> bool:
-        """Whether at least one engine and the model are usable, so the labs can run."""
+        """Whether the settings are valid and the model and at least one engine are usable, so the labs can run."""
         required = {"python", "settings", "model", "engines"}
         return all(check.ok for check in self.checks if check.name in required)
 
@@ -103,7 +103,10 @@ def ollama_version(binary: str) -> str:
         completed = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"version unknown ({error})"
-    return (completed.stdout or completed.stderr).strip().splitlines()[-1] if (completed.stdout or completed.stderr) else "version unknown"
+    printed = (completed.stdout or completed.stderr).strip()
+    if not printed:
+        return "version unknown"
+    return printed.splitlines()[-1]
 
 
 def check_engines() -> Check:

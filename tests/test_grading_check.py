@@ -160,15 +160,22 @@ def test_infinite_loop_times_out_and_stops():
 
 
 def test_loop_swallowing_exceptions_still_stopped():
+    # The flag ends the loop after the test, in case the stop requests lose:
+    # a thread left spinning would slow every later test in the session.
+    finished = threading.Event()
+
     def stubborn(start, times):
-        while True:
+        while not finished.is_set():
             try:
-                while True:
+                while not finished.is_set():
                     pass
             except BaseException:
                 pass
 
-    result = check(EXERCISE, stubborn, timeout_s=0.3)
+    try:
+        result = check(EXERCISE, stubborn, timeout_s=0.3)
+    finally:
+        finished.set()
 
     assert result.cases[0].status == "timed out"
     # Learner code that catches every exception can outlast the stop requests.

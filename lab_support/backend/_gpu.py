@@ -1,4 +1,4 @@
-"""What GPU the machine has, asked of the driver rather than guessed."""
+"""GPU detection that asks the driver instead of guessing."""
 
 from __future__ import annotations
 
