@@ -258,3 +258,18 @@ def test_engine_stops_when_jupyter_kernel_shuts_down(tmp_path):
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, f"engine pid {pid} outlived the kernel"
         time.sleep(0.1)
+
+
+def test_old_engine_logs_are_pruned(tmp_path):
+    from lab_support.backend._readiness import prune_logs
+
+    for index in range(5):
+        path = tmp_path / f"llama-cpp-{index}.log"
+        path.write_text("log")
+        os.utime(path, (1_000_000 + index, 1_000_000 + index))
+    (tmp_path / "notes.txt").write_text("not a log")
+
+    removed = prune_logs(tmp_path, keep=2)
+
+    assert sorted(path.name for path in removed) == ["llama-cpp-0.log", "llama-cpp-1.log", "llama-cpp-2.log"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["llama-cpp-3.log", "llama-cpp-4.log", "notes.txt"]

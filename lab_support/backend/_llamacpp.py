@@ -15,7 +15,7 @@ from lab_support._procs import spawn
 from lab_support.backend._backend import Backend
 from lab_support.backend._errors import EngineNotAvailableError
 from lab_support.backend._gpu import detect_nvidia_gpus, llama_cpp_supports_gpu
-from lab_support.backend._readiness import wait_until_ready
+from lab_support.backend._readiness import prune_logs, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,8 @@ def start_llama_cpp(
         n_ctx=n_ctx,
     )
     log_path = log_dir / f"llama-cpp-{port}.log"
+    if log_dir.is_dir():
+        prune_logs(log_dir)
     process = spawn(command, log_path=log_path, tied_to_parent=tied_to_parent)
     base_url = f"http://{LOOPBACK}:{port}/v1"
 

@@ -17,7 +17,7 @@ from lab_support._net import LOOPBACK, free_port
 from lab_support._procs import spawn
 from lab_support.backend._backend import Backend
 from lab_support.backend._errors import BackendError, EngineNotAvailableError
-from lab_support.backend._readiness import log_tail, wait_until_ready
+from lab_support.backend._readiness import log_tail, prune_logs, wait_until_ready
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,8 @@ def start_ollama(
         command = [binary, "serve"]
         env = build_serve_env(environ, port=port, models_dir=state_dir / "ollama-models", device=device)
         log_path = state_dir / "logs" / f"ollama-{port}.log"
+        if log_path.parent.is_dir():
+            prune_logs(log_path.parent)
         process = spawn(command, log_path=log_path, env=env, tied_to_parent=tied_to_parent)
         root_url = f"http://{LOOPBACK}:{port}"
         startup_s = wait_until_ready(

@@ -11,6 +11,7 @@ from lab_support.backend._errors import BackendStartError
 
 POLL_INTERVAL_S = 0.02
 LOG_TAIL_LINES = 20
+KEEP_LOGS = 30
 
 
 def log_tail(log_path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
@@ -23,6 +24,22 @@ def log_tail(log_path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
         return f"(could not read {log_path}: {error})"
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "(the log is empty)"
+
+
+def prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> list[Path]:
+    """Delete all but the ``keep`` newest engine logs in ``log_dir``; return the deleted paths.
+
+    Every engine start writes a new log, so without pruning they pile up.
+    """
+    logs = sorted(log_dir.glob("*.log"), key=lambda path: path.stat().st_mtime, reverse=True)
+    removed = []
+    for path in logs[keep:]:
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def wait_until_ready(
