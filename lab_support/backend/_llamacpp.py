@@ -99,7 +99,7 @@ def choose_device(requested: str) -> tuple[str, str]:
         return "gpu", gpus.detail if gpus.present else "Apple GPU (Metal)"
     if has_gpu:
         return "cpu", f"{gpus.detail} found, but llama-cpp-python was built for the CPU only; {GPU_REINSTALL_HINT}"
-    return "cpu", f"no GPU ({gpus.detail})"
+    return "cpu", f"no GPU: {gpus.detail}"
 
 
 def gpu_offload_from_log(log_text: str) -> tuple[int, int] | None:

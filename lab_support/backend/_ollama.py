@@ -41,7 +41,7 @@ STOP_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 @dataclass(frozen=True)
 class OllamaHost:
-    """Where to reach an Ollama server, parsed from an ``OLLAMA_HOST`` value."""
+    """The address of an Ollama server, parsed from an ``OLLAMA_HOST`` value."""
 
     scheme: str
     host: str
@@ -108,7 +108,7 @@ def build_serve_env(
     env["OLLAMA_HOST"] = f"{LOOPBACK}:{port}"
     env["OLLAMA_MODELS"] = str(models_dir)
     if device == "cpu":
-        # Hiding every GPU is how Ollama is told to run on the CPU.
+        # Ollama runs on the CPU when every GPU is hidden from it.
         env["CUDA_VISIBLE_DEVICES"] = "-1"
         env["HIP_VISIBLE_DEVICES"] = "-1"
         env["ROCR_VISIBLE_DEVICES"] = "-1"
@@ -120,7 +120,7 @@ def ollama_binary() -> str | None:
 
 
 def server_answers(root_url: str) -> bool:
-    """Return whether an Ollama server answers ``GET /api/version`` at ``root_url``."""
+    """Return whether an Ollama server responds to ``GET /api/version`` at ``root_url``."""
     try:
         response = httpx.get(f"{root_url}/api/version", timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError:
@@ -129,7 +129,7 @@ def server_answers(root_url: str) -> bool:
 
 
 def find_running_server(environ: Mapping[str, str]) -> str | None:
-    """Return the root URL of an Ollama server that answers at OLLAMA_HOST or the default port."""
+    """Return the root URL of an Ollama server that responds at OLLAMA_HOST or the default port."""
     candidates = []
     if environ.get("OLLAMA_HOST"):
         candidates.append(parse_ollama_host(environ["OLLAMA_HOST"]).url)
@@ -246,7 +246,7 @@ def start_ollama(
             timeout_s=timeout_s,
         )
     else:
-        logger.info("reusing the Ollama server that answers at %s", root_url)
+        logger.info("reusing the Ollama server that responds at %s", root_url)
 
     try:
         if not has_model(root_url, model):
